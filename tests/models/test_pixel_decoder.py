@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from transformers import Mask2FormerConfig
 from transformers.models.mask2former.modeling_mask2former import Mask2FormerPixelDecoder
 
-from effm2f.models.pixel_decoder import TokenSchedulePixelDecoder
+from effm2f.models.encoders import TokenSchedulePixelDecoder
 from support.models import CHANNELS, HIDDEN, backbone_features, tiny_encoder
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+ENCODER_KINDS = ("token_schedule",)
+"""Encoder classes by name (`effm2f.models.encoders.ENCODERS`)."""
 TRC_KINDS = ("linear", "conv")
 TRC_LAYOUTS = ("tokens", "official")
 
@@ -17,6 +19,8 @@ class EncoderConfig:
     """The transformer encoder ("pixel decoder") and its token schedule.
 
     Attributes:
+        kind: the encoder class (ENCODER_KINDS); "token_schedule" covers M2F, PRO-SCALE and
+            ECO-M2F's exits.
         schedule: (p1, p2, p3) encoder layers run over [1/32], [1/32, 1/16] and [1/32, 1/16, 1/8]
             tokens. (0, 0, 6) is the Mask2Former baseline; PRO-SCALE's release uses (3, 3, 3).
         trc: token re-calibration projection, "linear" (Linear C->1) or "conv" (1x1 conv), or None.
@@ -28,6 +32,7 @@ class EncoderConfig:
         residual: add the (re-calibrated) input tokens back after each layer of stages 1 and 2.
     """
 
+    kind: str = "token_schedule"
     schedule: tuple[int, int, int] = (0, 0, 6)
     num_heads: int = 8
     num_points: int = 4
@@ -40,6 +45,8 @@ class EncoderConfig:
     residual: bool = False
 
     def __post_init__(self) -> None:
+        if self.kind not in ENCODER_KINDS:
+            raise ValueError(f"encoder kind must be one of {ENCODER_KINDS}, got {self.kind!r}")
         if len(self.schedule) != 3 or any(int(p) < 0 for p in self.schedule):
             raise ValueError(
                 f"schedule must be three non-negative layer counts, got {self.schedule}"

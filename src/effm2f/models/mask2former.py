@@ -2,7 +2,7 @@
 
 transformers' Mask2Former is the reference implementation we build on: its masked-attention
 decoder, Hungarian matcher and set-prediction loss are used as they are; the pixel decoder is ours
-(`effm2f.models.pixel_decoder`) so that one module owns the token schedule.
+(`effm2f.models.encoders`) so that one package owns the encoder family.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from transformers.models.mask2former.modeling_mask2former import (
 
 from effm2f.models.backbone import Backbone
 from effm2f.models.config import ModelConfig
-from effm2f.models.pixel_decoder import PixelDecoderOutput, TokenSchedulePixelDecoder
+from effm2f.models.encoders import PixelDecoderOutput, build_encoder
 
 
 @dataclass
@@ -74,7 +74,7 @@ class Mask2Former(nn.Module):
         self.num_classes = num_classes
         hf_config = transformers_config(config, num_classes)
         self.backbone = Backbone(config.backbone, freeze_norm=config.freeze_backbone_norm)
-        self.pixel_decoder = TokenSchedulePixelDecoder(
+        self.pixel_decoder = build_encoder(
             in_channels=self.backbone.channels,
             hidden_dim=config.hidden_dim,
             mask_dim=config.mask_dim,

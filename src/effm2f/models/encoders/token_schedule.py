@@ -1,6 +1,6 @@
 """The token-schedule pixel decoder: Mask2Former's encoder, PRO-SCALE and ECO-M2F's early exits.
 
-One module owns the encoder family. A schedule (p1, p2, p3) runs p1 deformable-attention layers over
+One module owns the token schedule. A schedule (p1, p2, p3) runs p1 deformable-attention layers over
 the 1/32 tokens, then p2 layers over [1/32, 1/16] and p3 layers over [1/32, 1/16, 1/8]; each
 stage's layers attend over as many levels as the stage has. (0, 0, 6) is the Mask2Former baseline
 and, with the same weights, gives the same outputs as transformers' Mask2FormerPixelDecoder (the
@@ -14,37 +14,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.models.mask2former.modeling_mask2former import (
-    Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention as MultiScaleDeformableAttention,
-)
-from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerSinePositionEmbedding,
 )
 
 from effm2f.models.config import EncoderConfig
+from effm2f.models.encoders.common import PixelDecoderBase, PixelDecoderOutput, conv_gn
+from effm2f.models.encoders.deform_attn import MultiScaleDeformableAttention, Shape
 
 NUM_LEVELS = 3  # the encoder reads res3, res4, res5 (strides 8, 16, 32)
-COMMON_STRIDE = 4  # the mask features live at 1/4
-
-Shape = tuple[int, int]
-
-
-@dataclass
-class PixelDecoderOutput:
-    """Outputs of the pixel decoder.
-
-    Attributes:
-        mask_features: (B, mask_dim, H/4, W/4) per-pixel embeddings.
-        multi_scale_features: three (B, C, h, w) maps at 1/32, 1/16, 1/8 for the decoder.
-    """
-
-    mask_features: Tensor
-    multi_scale_features: tuple[Tensor, Tensor, Tensor]
 
 
 class EncoderLayer(nn.Module):
@@ -72,13 +54,7 @@ class EncoderLayer(nn.Module):
         self, tokens: Tensor, pos: Tensor, reference_points: Tensor, shapes: list[Shape]
     ) -> Tensor:
         """tokens, pos: (B, L, C); reference_points: (B, L, num_levels, 2) in [0, 1]."""
-        attended, _ = self.self_attn(
-            hidden_states=tokens,
-            encoder_hidden_states=tokens,
-            position_embeddings=pos,
-            reference_points=reference_points,
-            spatial_shapes_list=shapes,
-        )
+        attended = self.self_attn(tokens, tokens, reference_points, shapes, query_pos=pos)
         tokens = self.self_attn_layer_norm(tokens + self._drop(attended))
         hidden = self._drop(F.relu(self.fc1(tokens)))
         return self.final_layer_norm(tokens + self._drop(self.fc2(hidden)))
@@ -134,24 +110,6 @@ class TokenRecalibration(nn.Module):
         return feature_map.flatten(2).transpose(1, 2)
 
 
-def conv_gn(in_channels: int, out_channels: int, *, groups: int, bias: bool) -> nn.Sequential:
-    """1x1 conv + GroupNorm, the lateral / input projection of the pixel decoder."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=bias),
-        nn.GroupNorm(groups, out_channels),
-    )
-
-
-def pixel_embedding(dim: int, *, groups: int, light: bool) -> nn.Sequential:
-    """The 1/4 map's output block: 3x3 conv + GN + ReLU, or with LPE a 3x3 max-pool + GN + ReLU."""
-    first = (
-        nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
-        if light
-        else nn.Conv2d(dim, dim, kernel_size=3, padding=1, bias=False)
-    )
-    return nn.Sequential(first, nn.GroupNorm(groups, dim), nn.ReLU())
-
-
 def reference_points(shapes: Sequence[Shape], batch: int, device: torch.device) -> Tensor:
     """Normalised token centres for every level, repeated per attended level: (B, L, n, 2).
 
@@ -167,7 +125,7 @@ def reference_points(shapes: Sequence[Shape], batch: int, device: torch.device) 
     return stacked.expand(batch, -1, len(shapes), -1)
 
 
-class TokenSchedulePixelDecoder(nn.Module):
+class TokenSchedulePixelDecoder(PixelDecoderBase):
     """Mask2Former's multi-scale deformable-attention pixel decoder with a token schedule.
 
     Args:
@@ -223,10 +181,8 @@ class TokenSchedulePixelDecoder(nn.Module):
             if config.trc
             else None
         )
-        # The 1/4 map (named as in transformers, which counts FPN levels from 1).
-        self.adapter_1 = conv_gn(in_channels[0], hidden_dim, groups=norm_groups, bias=False)
-        self.layer_1 = pixel_embedding(hidden_dim, groups=norm_groups, light=config.lpe)
-        self.mask_projection = nn.Conv2d(hidden_dim, mask_dim, kernel_size=1)
+        self.build_mask_branch(res2_channels=in_channels[0], hidden_dim=hidden_dim,
+                               mask_dim=mask_dim, norm_groups=norm_groups, light=config.lpe)
         self.reset_parameters()
 
     @property
@@ -244,13 +200,7 @@ class TokenSchedulePixelDecoder(nn.Module):
         for projection in self.input_projections:
             nn.init.xavier_uniform_(projection[0].weight)
             nn.init.zeros_(projection[0].bias)
-        convs = [self.adapter_1[0], self.mask_projection]
-        if not self.config.lpe:
-            convs.append(self.layer_1[0])
-        for conv in convs:  # detectron2's c2_xavier_fill
-            nn.init.kaiming_uniform_(conv.weight, a=1)
-            if conv.bias is not None:
-                nn.init.zeros_(conv.bias)
+        self.reset_mask_branch()
 
     def forward(
         self, features: Sequence[Tensor], num_layers: int | None = None
@@ -280,14 +230,8 @@ class TokenSchedulePixelDecoder(nn.Module):
             level.transpose(1, 2).reshape(level.shape[0], -1, *shape)
             for level, shape in zip(per_level, shapes, strict=True)
         ]
-        lateral = self.adapter_1(features[0])
-        fine = lateral + F.interpolate(
-            maps[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False
-        )
-        fine = self.layer_1(fine)
-        return PixelDecoderOutput(
-            mask_features=self.mask_projection(fine), multi_scale_features=tuple(maps)
-        )
+        return PixelDecoderOutput(mask_features=self.mask_features(features[0], maps[-1]),
+                                  multi_scale_features=tuple(maps))
 
     def _recalibrate(self, tokens: list[Tensor], shapes: list[Shape]) -> list[Tensor]:
         """Gate the 1/32 and 1/16 tokens by the 1/8 tokens (TRC); identity without TRC."""
