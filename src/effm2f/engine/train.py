@@ -367,7 +367,7 @@ def train(
         log.info("resuming from %s", resume)
     started = time.monotonic()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     except BaseException:
         if run is not None:
             tracking.end_run(run, "FAILED")

@@ -23,11 +23,14 @@ from effm2f.evaluation.evaluator import DatasetEvaluator, Metrics, Table, check_
 
 def read_label_png(path: str | Path) -> np.ndarray:
     """A single-channel label PNG as an ``(H, W)`` int64 array."""
-    with Image.open(path) as img:
-        if img.mode not in ("L", "P", "I", "I;16"):
-            raise AnnotationError(f"{path}: expected a single-channel label PNG, got mode "
-                                  f"{img.mode}")
-        return np.asarray(img).astype(np.int64)
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("L", "P", "I", "I;16"):
+                raise AnnotationError(f"{path}: expected a single-channel label PNG, got mode "
+                                      f"{img.mode}")
+            return np.asarray(img).astype(np.int64)
+    except OSError as error:
+        raise AnnotationError(f"cannot read label PNG {path}: {error}") from error
 
 
 def confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_label: int) -> np.ndarray:

@@ -484,9 +484,9 @@ def _read_raw(path: Path) -> Any:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    if suffix == ".pkl" or not _is_torch_file(path):
-        return load_array_pickle(path)
-    return load_torch_file(path)
+    if _is_torch_file(path):  # whatever its suffix
+        return load_torch_file(path)
+    return load_array_pickle(path)
 
 
 def _is_torch_file(path: Path) -> bool:
