@@ -46,6 +46,8 @@ def check_variants(names: list[str] | tuple[str, ...], path: str | Path) -> None
     Raises:
         ConfigError: an unknown variant, key or value, naming the variant.
     """
+    if not names:
+        return
     variants = load_variants(path)
     for name in dict.fromkeys(names):
         resolve_variant(name, variants)
