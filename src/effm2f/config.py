@@ -15,10 +15,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from effm2f.errors import InputError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A config value or key is wrong; the message names it and says what is expected."""
 
 

@@ -39,6 +39,20 @@ def resolve_variant(name: str, variants: Mapping[str, Mapping[str, Any]]) -> Mod
     return from_dict(ModelConfig, merged, where=f"variants.{name}")
 
 
+def check_variants(names: list[str] | tuple[str, ...], path: str | Path) -> None:
+    """Resolve every variant in ``names`` (the workflow does this before it builds its DAG, so a
+    bad variant fails ``snakemake -n`` with the message its job would give).
+
+    Raises:
+        ConfigError: an unknown variant, key or value, naming the variant.
+    """
+    if not names:
+        return
+    variants = load_variants(path)
+    for name in dict.fromkeys(names):
+        resolve_variant(name, variants)
+
+
 def describe(name: str, config: ModelConfig) -> dict[str, Any]:
     """The columns that identify a variant in result tables."""
     encoder = config.encoder

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from effm2f.config import ConfigError
 from effm2f.data.metadata import CITYSCAPES, COCO_PANOPTIC, SYNTHETIC, get_metadata
 
 
@@ -37,5 +38,5 @@ def test_synthetic_categories_and_lookup():
     assert SYNTHETIC.num_classes == 6 and SYNTHETIC.thing_train_ids == {0, 1, 2}
     assert len({c.color for c in SYNTHETIC.categories}) == 6
     assert get_metadata("coco") is COCO_PANOPTIC
-    with pytest.raises(KeyError, match="known: cityscapes, coco, synthetic"):
+    with pytest.raises(ConfigError, match="known: cityscapes, coco, synthetic"):
         get_metadata("ade20k")

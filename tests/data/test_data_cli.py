@@ -30,28 +30,32 @@ def test_cityscapes_layout(tmp_path):
     assert (root / "gtFine" / "cityscapes_panoptic_val.json").is_file()
 
 
-def test_missing_credentials_exit_with_one_clear_line(tmp_path, monkeypatch):
+def test_missing_credentials_exit_with_one_clear_line(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("CITYSCAPES_USERNAME", raising=False)
     monkeypatch.delenv("CITYSCAPES_PASSWORD", raising=False)
     with pytest.raises(SystemExit) as info:
         main(["download", "cityscapes", "--root", str(tmp_path / "cs"),
               "--archives", str(tmp_path / "a"), "--no-progress"])
-    assert str(info.value).startswith("error: ")
-    assert "CITYSCAPES_USERNAME and CITYSCAPES_PASSWORD" in str(info.value)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("effm2f data: error: ") and err.count("\n") == 1
+    assert "CITYSCAPES_USERNAME and CITYSCAPES_PASSWORD" in err
 
 
-def test_bad_annotation_exits_naming_the_file(tmp_path):
+def test_bad_annotation_exits_naming_the_file(tmp_path, capsys):
     root = tmp_path / "syn"
     main(["synthetic", "coco", "--root", str(root), "--num-train", "1", "--num-val", "1",
           "--height", "32", "--width", "32", "--no-prepare", "--no-progress"])
     (root / "annotations" / "panoptic_val2017.json").write_text("{")
-    with pytest.raises(SystemExit, match="panoptic_val2017.json is not valid JSON"):
+    with pytest.raises(SystemExit) as info:
         main(["prepare", "synthetic", "--root", str(root), "--splits", "val", "--no-progress"])
+    assert info.value.code == 2
+    assert "panoptic_val2017.json is not valid JSON" in capsys.readouterr().err
 
 
 def test_module_entry_point(tmp_path):
     result = subprocess.run([sys.executable, "-m", "effm2f.cli.data", "prepare", "synthetic",
                              "--root", str(tmp_path / "absent"), "--no-progress"],
                             capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "missing annotation file" in result.stderr and "absent" in result.stderr

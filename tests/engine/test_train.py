@@ -11,7 +11,7 @@ import torch
 from effm2f.data.datasets import build_dataset, collate
 from effm2f.engine.config import TrackingConfig
 from effm2f.engine.module import NonFiniteLossError, SegmentationModule
-from effm2f.engine.train import latest_checkpoint, read_loss_curve, train
+from effm2f.engine.train import read_loss_curve, resume_candidates, train
 from support.engine import (
     checkpoint_weights,
     shared_synthetic_root,
@@ -78,8 +78,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(root, t
         train(dataset="synthetic", variant="tiny", model_config=tiny_model_config(),
               config=config, tracking_config=OFF, output=tmp_path, progress=False,
               extra_callbacks=[PoisonWeights(at=5)])
-    last = latest_checkpoint(tmp_path / "checkpoints")
-    assert last is not None and last.name == "last.ckpt"
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert resume_candidates(tmp_path / "checkpoints")[0] == last
     state = torch.load(last, map_location="cpu", weights_only=False)
     assert state["global_step"] == 3
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values()
@@ -87,17 +87,18 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(root, t
     assert not (tmp_path / "train.json").exists()  # the job did not finish
 
 
-def test_resume_picks_the_newest_of_last_and_slurm_requeue_checkpoints(tmp_path):
+def test_resume_tries_last_requeue_and_periodic_checkpoints_newest_first(tmp_path):
     import os
 
-    assert latest_checkpoint(tmp_path) is None
+    assert resume_candidates(tmp_path) == []
     for age, name in ((30, "last.ckpt"), (20, "hpc_ckpt_1.ckpt"), (10, "hpc_ckpt_2.ckpt"),
-                      (0, "step0000005.ckpt")):
+                      (5, "step0000005.ckpt"), (0, "notes.txt")):
         (tmp_path / name).write_bytes(b"")
         os.utime(tmp_path / name, (1e9 - age, 1e9 - age))
-    assert latest_checkpoint(tmp_path).name == "hpc_ckpt_2.ckpt"
+    assert [p.name for p in resume_candidates(tmp_path)] == [
+        "step0000005.ckpt", "hpc_ckpt_2.ckpt", "hpc_ckpt_1.ckpt", "last.ckpt"]
     os.utime(tmp_path / "last.ckpt", (1e9 + 5, 1e9 + 5))
-    assert latest_checkpoint(tmp_path).name == "last.ckpt"
+    assert resume_candidates(tmp_path)[0].name == "last.ckpt"
 
 
 def test_checkpoints_of_another_config_are_set_aside_not_resumed(root, tmp_path):

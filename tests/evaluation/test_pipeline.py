@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from effm2f.config import ConfigError
 from effm2f.data.catalog import SplitFiles
 from effm2f.evaluation import (
     DEFAULT_EVALUATORS,
@@ -66,7 +67,7 @@ def test_postprocessed_ground_truth_scores_100_and_is_written(tmp_path):
 
 def test_unknown_names_and_colliding_tasks_are_errors(tmp_path):
     lay = write_coco(tmp_path / "gt", rich_scenes())
-    with pytest.raises(KeyError, match="cocopanoptic"):
+    with pytest.raises(ConfigError, match="cocopanoptic"):
         build_evaluators(["cocopanoptic"], context(lay, tmp_path / "e"))
     twice = Evaluators([SemSegEvaluator(metadata=META), SemSegEvaluator(metadata=META)])
     s = rich_scenes()[0]

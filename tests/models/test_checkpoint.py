@@ -9,6 +9,7 @@ torchvision, the Swin release), plus hand-placed spot tensors.
 from __future__ import annotations
 
 import pickle
+import re
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +33,7 @@ from effm2f.models.checkpoint import (
 )
 from effm2f.models.config import ModelConfig
 from effm2f.models.mask2former import Mask2Former, transformers_config
+from effm2f.untrusted import UnsafeFileError
 from effm2f.variants import load_variants, resolve_variant
 from support.models import tiny_model
 
@@ -339,7 +341,8 @@ def test_detectron2_backbone_only_pickle(tmp_path):
 def test_pickle_with_code_is_refused(tmp_path):
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps({"model": {"x": np.zeros(2)}, "hook": print}))
-    with pytest.raises(CheckpointError, match="evil.pkl.*refusing to unpickle builtins.print"):
+    with pytest.raises(UnsafeFileError, match="refusing to load checkpoint .*evil.pkl.*"
+                                              "builtins.print"):
         read_checkpoint(path)
 
 
@@ -704,8 +707,11 @@ def test_cli_import_writes_a_loadable_state_dict(tmp_path, capsys):
         torch.equal(s[k], t[k]) for k in s if k != "transformer_decoder.decoder.layernorm.bias"
     )
 
-    with pytest.raises(SystemExit, match="--strict: 1 missing and 1 unexpected"):
-        model_cli([*args, "--strict"])
-    with pytest.raises(SystemExit, match="no key of .* matched"):
-        model_cli([*args[:4], "torchvision-resnet", *args[5:]])
+    for bad_args, message in (([*args, "--strict"], "--strict: 1 missing and 1 unexpected"),
+                              ([*args[:4], "torchvision-resnet", *args[5:]],
+                               "no key of .* matched")):
+        with pytest.raises(SystemExit) as info:
+            model_cli(bad_args)
+        assert info.value.code == 2
+        assert re.search(message, capsys.readouterr().err)
     assert set(FORMATS) >= {"detectron2", "transformers", "torchvision-resnet", "swin"}

@@ -8,7 +8,9 @@ from pathlib import Path
 import yaml
 from snakemake.utils import validate
 
+from effm2f.config import ConfigError
 from effm2f.io import write_text_atomic
+from effm2f.variants import check_variants
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -16,6 +18,20 @@ validate(config, schema="../schemas/config.schema.yaml")
 # Jobs call the package's CLI with the interpreter running Snakemake (the project's venv).
 EFFM2F = f"{sys.executable} -m effm2f.cli.main"
 VARIANTS_FILE = config.get("variants_file", "params/variants.yaml")
+
+
+def referenced_variants():
+    """Every variant a section of the config names (trained, counted or timed)."""
+    return [name for key in ("train", "flops", "latency")
+            for name in (config.get(key) or {}).get("variants", [])]
+
+
+# Every named variant is resolved now, so that a bad one fails the DAG (`snakemake -n`) with the
+# one line its job would print, not an hour later at job time.
+try:
+    check_variants(referenced_variants(), VARIANTS_FILE)
+except ConfigError as error:
+    sys.exit(f"effm2f workflow: error: {error}")
 
 
 def config_file(*sections):

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 
-from effm2f.config import ConfigError
+from effm2f.cli.errors import guarded
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -109,17 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@guarded("effm2f data")
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run one data command; a failure the user can fix exits with status 1 and one clear line."""
-    from effm2f.data.download import DownloadError
-    from effm2f.data.panoptic import AnnotationError
-
+    """Run one data command (a failure the user can fix: one line, `effm2f.cli.errors`)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        args.run(args)
-    except (DownloadError, AnnotationError, ConfigError, ValueError, KeyError) as error:
-        sys.exit(f"error: {error}")
+    args.run(args)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from effm2f.cli.errors import guarded
 from effm2f.config import ConfigError, from_dict, load_merged_yaml
 from effm2f.data.metadata import get_metadata
 from effm2f.efficiency.compare import ratio_table
@@ -106,6 +107,7 @@ def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
         frame.to_csv(tmp, index=False)
 
 
+@guarded("effm2f efficiency")
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="effm2f efficiency", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from effm2f.cli.errors import guarded
 from effm2f.cli.train import dataset_root
 from effm2f.config import ConfigError, load_merged_yaml
 from effm2f.engine.config import EvalConfig, TrackingConfig, section
@@ -50,6 +50,7 @@ def evaluate_from_config(config_paths: Sequence[str], variant: str, *,
                     output=output, progress=progress)
 
 
+@guarded("effm2f evaluate")
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="effm2f evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,12 +63,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        result = evaluate_from_config(args.config, args.variant, checkpoint=args.checkpoint,
-                                      dataset=args.dataset, output=args.output,
-                                      progress=not args.no_progress)
-    except ConfigError as error:
-        sys.exit(f"effm2f evaluate: {error}")
+    result = evaluate_from_config(args.config, args.variant, checkpoint=args.checkpoint,
+                                  dataset=args.dataset, output=args.output,
+                                  progress=not args.no_progress)
     print(result.output_dir / "metrics.json")
 
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from effm2f.config import ConfigError
+from effm2f.cli.errors import guarded
 from effm2f.io import atomic_path, write_json_atomic
 from effm2f.models.checkpoint import FORMATS, CheckpointError, ImportReport, load_checkpoint
 from effm2f.models.mask2former import Mask2Former
@@ -64,6 +63,7 @@ def import_checkpoint(
     return report
 
 
+@guarded("effm2f model")
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="effm2f model",
@@ -83,20 +83,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    try:
-        with warnings.catch_warnings():  # the report below repeats every warning
-            warnings.simplefilter("ignore", UserWarning)
-            report = import_checkpoint(
-                args.source,
-                args.format,
-                args.variant,
-                args.num_classes,
-                args.out,
-                variants_file=args.variants_file,
-                strict=args.strict,
-            )
-    except (CheckpointError, ConfigError) as exc:
-        sys.exit(f"error: {exc}")
+    with warnings.catch_warnings():  # the report below repeats every warning
+        warnings.simplefilter("ignore", UserWarning)
+        report = import_checkpoint(
+            args.source,
+            args.format,
+            args.variant,
+            args.num_classes,
+            args.out,
+            variants_file=args.variants_file,
+            strict=args.strict,
+        )
     print(report.summary())
     if args.report:
         write_json_atomic(args.report, report.to_dict())

@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from effm2f.cli.errors import guarded
 from effm2f.config import load_merged_yaml, load_yaml
 from effm2f.engine.config import TrackingConfig, section
 from effm2f.engine.tracking import tracking_uri
 from effm2f.reporting.report import build_report
 
 
+@guarded("effm2f report")
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="effm2f report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -3,7 +3,8 @@
 Reads the ``train``, ``mlflow`` and ``variants_file`` keys of the merged config files (later
 ``--config`` files override earlier ones, as Snakemake's ``--configfile`` does) and trains one
 variant; a second call resumes from the variant's last checkpoint and continues its MLflow run.
-Failures the user can fix (an unknown config key, a NaN loss) print one line and exit with 1.
+Failures the user can fix (an unknown config key, a missing file) print one line and exit with 2,
+a NaN loss with 1 (`effm2f.cli.errors`; ``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 from collections.abc import Sequence
 from typing import Any
 
-from effm2f.config import ConfigError, load_merged_yaml
+from effm2f.cli.errors import guarded
+from effm2f.config import load_merged_yaml
 from effm2f.engine.config import TrackingConfig, TrainConfig, section
-from effm2f.engine.module import NonFiniteLossError
 from effm2f.variants import load_variants, resolve_variant
 
 
@@ -48,6 +48,7 @@ def train_from_config(config_paths: Sequence[str], variant: str, *, dataset: str
                  progress=progress)
 
 
+@guarded("effm2f train")
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="effm2f train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,11 +60,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        result = train_from_config(args.config, args.variant, dataset=args.dataset,
-                                   output=args.output, progress=not args.no_progress)
-    except (ConfigError, NonFiniteLossError) as error:
-        sys.exit(f"effm2f train: {error}")
+    result = train_from_config(args.config, args.variant, dataset=args.dataset,
+                               output=args.output, progress=not args.no_progress)
     logging.getLogger("effm2f.train").info(
         "trained %s: %d steps, final loss %s, checkpoint %s", args.variant, result.global_step,
         result.final_loss, result.checkpoint)

@@ -8,9 +8,11 @@ twin). A dataset is a layout, a label set and a default root; one explicit mappi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
+from effm2f.config import ConfigError
 from effm2f.data.metadata import CITYSCAPES, COCO_PANOPTIC, SYNTHETIC, DatasetMetadata
 from effm2f.data.panoptic import AnnotationError, check_files_exist, load_panoptic_json
 from effm2f.data.prepare_cityscapes import IMAGE_SUFFIX, TRAIN_IDS_SUFFIX, cityscapes_paths
@@ -154,7 +156,21 @@ def get_dataset(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except KeyError:
-        raise KeyError(f"unknown dataset {name!r} (known: {', '.join(sorted(DATASETS))})") from None
+        raise ConfigError(
+            f"unknown dataset {name!r} (known: {', '.join(sorted(DATASETS))})") from None
+
+
+def split_fingerprint(name: str, split: str, root: str | Path | None = None) -> str:
+    """A content hash of a split's annotations (its panoptic JSON): it changes when the data is
+    regenerated or prepared again differently (another seed, size or number of images)."""
+    spec = get_dataset(name)
+    path = spec.split_files(root or spec.default_root, split).panoptic_json
+    try:
+        with path.open("rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()[:16]
+    except OSError as error:
+        raise AnnotationError(f"cannot read the annotations of {name} {split}: {path} "
+                              f"({error.strerror}); prepare the dataset first") from error
 
 
 def load_records(name: str, split: str, root: str | Path | None = None) -> list[PanopticRecord]:

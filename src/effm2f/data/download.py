@@ -28,6 +28,8 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
+from effm2f.config import ConfigError
+from effm2f.errors import InputError
 from effm2f.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ CITYSCAPES_CREDENTIAL_VARS = ("CITYSCAPES_USERNAME", "CITYSCAPES_PASSWORD")
 CITYSCAPES_PACKAGES = ("gtFine_trainvaltest.zip", "leftImg8bit_trainvaltest.zip")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(InputError, RuntimeError):
     """A transfer failed (HTTP error, broken connection, incomplete file, failed login)."""
 
 
@@ -367,7 +369,8 @@ def download_coco(
     """
     unknown = sorted(set(parts) - set(archives))
     if unknown:
-        raise KeyError(f"unknown COCO archive {unknown[0]!r} (known: {', '.join(archives)})")
+        raise ConfigError(
+            f"unknown COCO archive {unknown[0]!r} (known: {', '.join(archives)})")
     for key in parts:
         archive = archives[key]
         url = archive.url

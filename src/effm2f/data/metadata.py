@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from functools import cached_property
 
+from effm2f.config import ConfigError
+
 IGNORE_LABEL = 255
 """Semantic label of void pixels in the semantic PNGs (and of categories outside the label set)."""
 
@@ -202,4 +204,5 @@ def get_metadata(name: str) -> DatasetMetadata:
     try:
         return METADATA[name]
     except KeyError:
-        raise KeyError(f"unknown dataset {name!r} (known: {', '.join(sorted(METADATA))})") from None
+        raise ConfigError(
+            f"unknown dataset {name!r} (known: {', '.join(sorted(METADATA))})") from None

@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from effm2f.errors import InputError
 
-class AnnotationError(ValueError):
+
+class AnnotationError(InputError, ValueError):
     """An annotation file or image is malformed, missing, or inconsistent; the message names it."""
 
 

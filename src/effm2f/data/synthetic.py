@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from effm2f.config import ConfigError
 from effm2f.data.metadata import SYNTHETIC
 from effm2f.data.panoptic import id_to_rgb
 from effm2f.data.util import build_atomically
@@ -54,9 +55,9 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_things <= self.max_things:
-            raise ValueError("need 1 <= min_things <= max_things")
+            raise ConfigError("synthetic data: need 1 <= min_things <= max_things")
         if min(self.height, self.width) < 32:
-            raise ValueError("images must be at least 32x32")
+            raise ConfigError("synthetic data: images must be at least 32x32")
 
 
 @dataclasses.dataclass(frozen=True)

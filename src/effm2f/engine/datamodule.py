@@ -22,6 +22,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from effm2f.config import ConfigError
 from effm2f.data.datasets import collate
 
 Key = tuple[int, int]
@@ -53,7 +54,7 @@ class EpochBatchSampler(Sampler[list[Key]]):
     def __init__(self, num_items: int, batch_size: int, *, seed: int, num_replicas: int = 1,
                  rank: int = 0) -> None:
         if num_items < batch_size * num_replicas:
-            raise ValueError(f"dataset of {num_items} items is smaller than one global batch "
+            raise ConfigError(f"dataset of {num_items} items is smaller than one global batch "
                              f"({batch_size} x {num_replicas} ranks)")
         self.num_items = num_items
         self.batch_size = batch_size

@@ -14,6 +14,9 @@ Layout under ``<output_root>/<dataset>/<variant>/eval/``::
     panoptic_predictions.json + panoptic_predictions/  (COCO panoptic format)
     overlays/<image>.png  a few images blended with their predicted panoptic segmentation
     eval_config.yaml    the resolved config of the job
+
+The folder is built under a temporary name beside it and put in place at the end, so a failed
+evaluation leaves an earlier one untouched and nothing half-written behind.
 """
 
 from __future__ import annotations
@@ -43,9 +46,11 @@ from effm2f.engine import tracking
 from effm2f.engine.config import EvalConfig, TrackingConfig
 from effm2f.engine.train import checkpoint_config_key
 from effm2f.evaluation import DatasetEvaluator, dataset_evaluators, write_evaluation
+from effm2f.io import staged_folder
 from effm2f.models.config import ModelConfig
 from effm2f.models.inference import InferenceConfig, postprocess
 from effm2f.models.mask2former import Mask2Former, Mask2FormerOutput
+from effm2f.untrusted import UnreadableFileError, load_torch_file
 from effm2f.variants import describe
 
 log = logging.getLogger(__name__)
@@ -67,8 +72,11 @@ class EvalResult:
 
 def load_model(checkpoint: str | Path, model_config: ModelConfig, num_classes: int) -> Mask2Former:
     """A Mask2Former with the weights of a training checkpoint (Lightning's ``state_dict`` under
-    ``model.``), checked against the expected model config."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ``model.``), checked against the expected model config; read weights-only."""
+    state = load_torch_file(checkpoint)
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+        raise UnreadableFileError(f"{checkpoint} is not a training checkpoint of effm2f (no "
+                                  "state_dict); give the last.ckpt a training job wrote")
     saved = state.get("hyper_parameters", {}).get("model")
     if saved is not None and saved != to_dict(model_config):
         raise ConfigError(f"checkpoint {checkpoint} was trained with another model config than "
@@ -76,7 +84,11 @@ def load_model(checkpoint: str | Path, model_config: ModelConfig, num_classes: i
     model = Mask2Former(config=model_config, num_classes=num_classes)
     weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items()
                if k.startswith("model.")}
-    model.load_state_dict(weights)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise ConfigError(f"checkpoint {checkpoint} does not fit variant's model: "
+                          f"{str(error).splitlines()[0]}") from error
     return model.eval()
 
 
@@ -161,20 +173,78 @@ def evaluate(
     tracking_config = tracking_config or TrackingConfig()
     out = (Path(output) if output is not None
            else Path(config.output_root) / dataset / variant / "eval")
-    out.mkdir(parents=True, exist_ok=True)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
-    metadata = get_metadata(dataset)
     checkpoint = Path(checkpoint)
     resolved = {"stage": "eval", "dataset": dataset, "variant": variant,
                 "checkpoint": str(checkpoint), "model": to_dict(model_config),
                 "evaluate": to_dict(config),
                 # the training config that wrote the weights: new weights, new evaluation run
                 "trained_with": checkpoint_config_key(checkpoint)}
-    tracking.write_config_yaml(out / "eval_config.yaml", resolved)
     if train_run_id is None:
         train_run_id = _train_run_id(checkpoint)
+    run = _start_eval_run(tracking_config, resolved, train_run_id) \
+        if tracking_config.enabled else None
+    try:
+        with staged_folder(out) as staging:
+            done = _evaluate_into(staging, dataset=dataset, variant=variant,
+                                  model_config=model_config, checkpoint=checkpoint,
+                                  config=config, resolved=resolved, progress=progress,
+                                  run_id=run.run_id if run else None)
+        if run is not None:  # the artifacts from the folder now in place
+            flat = {f"{task}/{name}": value for task, values in done.metrics.items()
+                    for name, value in values.items()}
+            flat.update({k: v for k, v in done.summary.items()
+                         if k in EFFICIENCY_METRICS and isinstance(v, float | int)})
+            tracking.log_metrics(run, flat)
+            tracking.log_artifacts(run, [out / name for name in done.written])
+            tracking.log_artifacts(run, [out / name for name in done.overlays],
+                                   artifact_path="overlays")
+            tracking.end_run(run)
+    except BaseException:
+        if run is not None:
+            tracking.end_run(run, "FAILED")
+        raise
+    log.info("%s on %s: %s", variant, dataset, ", ".join(
+        f"{k} {v:.2f}" for k, v in summary_row(done.metrics).items() if v is not None))
+    return EvalResult(metrics={"summary": done.summary, **done.metrics}, output_dir=out,
+                      mlflow_run_id=run.run_id if run else None)
 
+
+EFFICIENCY_METRICS = ("gflops_total", "gflops_encoder", "latency_ms", "encoder_latency_ms",
+                      "latency_threads")
+
+
+def _start_eval_run(tracking_config: TrackingConfig, resolved: dict[str, Any],
+                    train_run_id: str | None) -> tracking.TrackedRun:
+    dataset, variant = resolved["dataset"], resolved["variant"]
+    keyed = {k: v for k, v in resolved.items() if k != "evaluate"}
+    keyed["evaluate"] = {k: v for k, v in resolved["evaluate"].items()
+                         if k not in ("workers", "output_root")}
+    return tracking.start_run(
+        key=tracking.run_key(dataset, variant, "eval", keyed), config=tracking_config,
+        params=resolved, tags={"effm2f.stage": "eval", "effm2f.dataset": dataset,
+                               "effm2f.variant": variant,
+                               **({"effm2f.train_run_id": train_run_id} if train_run_id else {})})
+
+
+@dataclass(frozen=True)
+class _Evaluation:
+    """What :func:`_evaluate_into` wrote: the summary, the metrics, and the files (relative to
+    the evaluation folder) to log as artifacts."""
+
+    summary: dict[str, Any]
+    metrics: dict[str, Any]
+    written: list[Path]
+    overlays: list[Path]
+
+
+def _evaluate_into(out: Path, *, dataset: str, variant: str, model_config: ModelConfig,
+                   checkpoint: Path, config: EvalConfig, resolved: dict[str, Any],
+                   progress: bool, run_id: str | None) -> _Evaluation:
+    """Evaluate into the (staging) folder ``out``."""
+    tracking.write_config_yaml(out / "eval_config.yaml", resolved)
+    metadata = get_metadata(dataset)
     device = _device(config)
     model = load_model(checkpoint, model_config, metadata.num_classes).to(device)
     data = build_dataset(dataset, config.split, train=False, root=config.root,
@@ -206,31 +276,12 @@ def evaluate(
                **efficiency, "num_images": len(data), "checkpoint": str(checkpoint)}
     summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                for k, v in summary.items()}
-    run = None
-    if tracking_config.enabled:
-        keyed = {k: v for k, v in resolved.items() if k != "evaluate"}
-        keyed["evaluate"] = {k: v for k, v in resolved["evaluate"].items()
-                             if k not in ("workers", "output_root")}
-        run = tracking.start_run(
-            key=tracking.run_key(dataset, variant, "eval", keyed), config=tracking_config,
-            params=resolved, tags={"effm2f.stage": "eval", "effm2f.dataset": dataset,
-                                   "effm2f.variant": variant,
-                                   **({"effm2f.train_run_id": train_run_id}
-                                      if train_run_id else {})})
-        summary["mlflow_run_id"] = run.run_id
+    if run_id is not None:
+        summary["mlflow_run_id"] = run_id
     written = write_evaluation(out, metrics, tables, extra={"summary": summary})
-    if run is not None:
-        flat = {f"{task}/{name}": value for task, values in metrics.items()
-                for name, value in values.items()}
-        flat.update({k: v for k, v in efficiency.items() if isinstance(v, float | int)})
-        tracking.log_metrics(run, flat)
-        tracking.log_artifacts(run, [out / "eval_config.yaml", *written.values()])
-        tracking.log_artifacts(run, overlays, artifact_path="overlays")
-        tracking.end_run(run)
-    log.info("%s on %s: %s", variant, dataset,
-             ", ".join(f"{k} {v:.2f}" for k, v in summary_row(metrics).items() if v is not None))
-    return EvalResult(metrics={"summary": summary, **metrics}, output_dir=out,
-                      mlflow_run_id=run.run_id if run else None)
+    return _Evaluation(summary, metrics,
+                       [p.relative_to(out) for p in (out / "eval_config.yaml", *written.values())],
+                       [p.relative_to(out) for p in overlays])
 
 
 def run_inference(

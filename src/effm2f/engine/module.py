@@ -15,6 +15,7 @@ from effm2f.config import to_dict
 from effm2f.engine.config import OptimConfig
 from effm2f.engine.datamodule import mix_seed
 from effm2f.engine.optim import build_optimizer
+from effm2f.errors import RunFailure
 from effm2f.models.config import ModelConfig
 from effm2f.models.mask2former import Mask2Former
 
@@ -22,7 +23,7 @@ CONFIG_KEY = "effm2f_config_key"
 """Checkpoint field: the run key of the config that wrote it."""
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(RunFailure, FloatingPointError):
     """The loss (or the gradient) became NaN or infinite; training stops before any update."""
 
 

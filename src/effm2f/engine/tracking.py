@@ -2,10 +2,10 @@
 
 A job (training or evaluation of one variant on one dataset) has a run key
 ``<dataset>/<variant>/<stage>/<hash of its resolved config>``, stored as the tag ``effm2f.run_key``.
-:func:`start_run` searches the experiment for that tag and continues the run it finds (a retried,
-requeued or resumed job), else creates it: one config, one run. Runs carry the full resolved
-config as flattened params, and provenance tags (git commit and dirty state, data version from
-``data.dvc``).
+:func:`start_run` searches the experiment for that tag and continues the newest run it finds (a
+retried, requeued or resumed job), else creates it: one config, one run; a training that starts
+from scratch opens a new run. Runs carry the full resolved config as flattened params, and
+provenance tags (git commit and dirty state, data version from ``data.dvc``).
 
 The tracking URI is the config's ``mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else a
 SQLite store ``mlflow.db`` at the repository root (MLflow's file store is deprecated).
@@ -149,12 +149,14 @@ class TrackedRun:
 
 def start_run(*, key: str, config: TrackingConfig, params: Mapping[str, Any],
               tags: Mapping[str, str] | None = None, run_name: str | None = None,
-              root: str | Path | None = None) -> TrackedRun:
-    """Continue the run tagged with ``key`` or create it; log params and tags.
+              root: str | Path | None = None, continue_run: bool = True) -> TrackedRun:
+    """Continue the newest run tagged with ``key`` or create one; log params and tags.
 
     Args:
         key: the deterministic run key (see :func:`run_key`).
         config: the ``mlflow`` config section.
+        continue_run: False always creates a new run (a training that starts from scratch, e.g.
+            into a deleted output folder, must not append its steps to an earlier run).
         params: the resolved config (nested), logged flattened with dotted keys.
         tags: more tags (e.g. stage, dataset, variant).
         run_name: the display name of a new run (default: the key without its hash).
@@ -171,9 +173,9 @@ def start_run(*, key: str, config: TrackingConfig, params: Mapping[str, Any],
         experiment_id = (experiment.experiment_id if experiment is not None
                          else client.create_experiment(config.experiment,
                                                        artifact_location=artifact_location(uri)))
-        found = client.search_runs([experiment_id],
-                                   filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
-                                   order_by=["attributes.start_time ASC"], max_results=1)
+        found = continue_run and client.search_runs(
+            [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
+            order_by=["attributes.start_time DESC"], max_results=1)
         if found:
             run_id = found[0].info.run_id
             client.update_run(run_id, status="RUNNING")
@@ -188,6 +190,16 @@ def start_run(*, key: str, config: TrackingConfig, params: Mapping[str, Any],
         client.log_batch(run_id, params=items[start:start + MAX_PARAMS_PER_BATCH])
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
     return TrackedRun(run_id, experiment_id, uri, key, resumed=bool(found))
+
+
+def last_logged_step(run: TrackedRun) -> int:
+    """The largest step any metric of ``run`` was logged at (-1 for a run without metrics)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=run.tracking_uri)
+    names = client.get_run(run.run_id).data.metrics
+    steps = (m.step for name in names for m in client.get_metric_history(run.run_id, name))
+    return max(steps, default=-1)
 
 
 def log_metrics(run: TrackedRun, metrics: Mapping[str, float], step: int = 0) -> None:

@@ -8,11 +8,15 @@ Layout under ``<output_root>/<dataset>/<variant>/``::
     train_log.csv                   step (0-based), loss terms, lr, seconds (the learning curve)
     train.json                      summary: steps, final loss, time, checkpoint, MLflow run id
 
-A job started again (after a kill, a failure or a Slurm requeue) resumes from the newest of
-``last.ckpt`` and Lightning's ``hpc_ckpt_*.ckpt`` and continues its MLflow run; since every step's
-batch, augmentation and loss sampling are pure functions of the seed and the step, it ends with the
-same weights as an uninterrupted run (on CPU). Checkpoints carry the key of the config that wrote
-them: a job with another config moves them aside (``checkpoints.stale-N/``) and starts afresh.
+A job started again (after a kill, a failure or a Slurm requeue) resumes from the newest readable
+checkpoint (``last.ckpt``, Lightning's ``hpc_ckpt_*.ckpt`` or the periodic ``stepNNNNNNN.ckpt``;
+an unreadable one is moved aside as ``<name>.corrupt-N``) and continues its MLflow run, logging
+only the steps the killed job had not logged; since every step's batch, augmentation and loss
+sampling are pure functions of the seed and the step, it ends with the same weights as an
+uninterrupted run (on CPU). Checkpoints carry the key of the config and of the training data that
+wrote them: a job with another config or other data moves them aside (``checkpoints.stale-N/``),
+starts afresh and opens a new MLflow run. Every checkpoint is written under a temporary name and
+renamed, and read back through the weights-only loader (`effm2f.untrusted`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
@@ -37,6 +42,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from torch import nn
 
 from effm2f.config import ConfigError, to_dict
+from effm2f.data.catalog import split_fingerprint
 from effm2f.data.datasets import build_dataset
 from effm2f.data.metadata import get_metadata
 from effm2f.data.transforms import build_transform
@@ -44,9 +50,10 @@ from effm2f.engine import tracking
 from effm2f.engine.config import PretrainedWeights, TrackingConfig, TrainConfig
 from effm2f.engine.datamodule import TrainDataModule
 from effm2f.engine.module import CONFIG_KEY, SegmentationModule
-from effm2f.io import write_json_atomic
+from effm2f.io import atomic_path, write_json_atomic
 from effm2f.models.checkpoint import load_checkpoint
 from effm2f.models.config import ModelConfig
+from effm2f.untrusted import UnreadableFileError, load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -71,28 +78,70 @@ def output_dir(root: str | Path, dataset: str, variant: str) -> Path:
     return Path(root) / dataset / variant
 
 
-def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
-    """The newest of ``last.ckpt`` and Lightning's Slurm-requeue ``hpc_ckpt_*.ckpt`` (None if
-    neither exists)."""
+def resume_candidates(checkpoint_dir: str | Path) -> list[Path]:
+    """``last.ckpt``, Lightning's Slurm-requeue ``hpc_ckpt_*.ckpt`` and the periodic
+    ``step*.ckpt`` in ``checkpoint_dir``, newest first."""
     folder = Path(checkpoint_dir)
-    candidates = [p for p in (folder / LAST, *folder.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
-    return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
+    found = {p for p in (folder / LAST, *folder.glob("hpc_ckpt_*.ckpt"),
+                         *folder.glob("step*.ckpt")) if p.is_file()}
+    return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
 
 
 def checkpoint_config_key(path: str | Path) -> str | None:
-    """The config key a checkpoint was written with (None for a foreign checkpoint)."""
-    state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    return state.get(CONFIG_KEY)
+    """The run key a checkpoint was written with (None for a foreign checkpoint).
+
+    Raises:
+        UnreadableFileError, UnsafeFileError: see `effm2f.untrusted.load_torch_file`.
+    """
+    state = load_torch_file(path, mmap=True)
+    return state.get(CONFIG_KEY) if isinstance(state, Mapping) else None
+
+
+def newest_readable_checkpoint(checkpoint_dir: Path) -> tuple[Path, str | None] | None:
+    """The newest checkpoint that reads back, with its run key; unreadable (truncated) ones on
+    the way are moved aside as ``<name>.corrupt-N`` (rank 0) and named in a warning."""
+    for path in resume_candidates(checkpoint_dir):
+        try:
+            return path, checkpoint_config_key(path)
+        except UnreadableFileError as error:
+            if rank_zero_only.rank == 0:
+                moved = _unique_sibling(path, "corrupt")
+                path.rename(moved)
+                log.warning("%s; moved it to %s and trying the previous checkpoint", error, moved)
+    return None
+
+
+def _unique_sibling(path: Path, tag: str) -> Path:
+    n = 1
+    while (candidate := path.with_name(f"{path.name}.{tag}-{n}")).exists():
+        n += 1
+    return candidate
 
 
 def set_aside(checkpoint_dir: Path) -> Path:
     """Rename ``checkpoint_dir`` to ``<name>.stale-<n>`` (nothing is deleted); recreate it."""
-    n = 1
-    while (stale := checkpoint_dir.with_name(f"{checkpoint_dir.name}.stale-{n}")).exists():
-        n += 1
+    stale = _unique_sibling(checkpoint_dir, "stale")
     checkpoint_dir.rename(stale)
     checkpoint_dir.mkdir()
     return stale
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary name in their own folder and renamed (a kill while
+    saving never leaves a truncated ``last.ckpt``), and read through the weights-only loader.
+
+    Lightning's own save goes through fsspec, which stages the file in the system's temporary
+    folder and copies it over when that is another file system (a cluster's local /tmp).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any | None = None) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        return load_torch_file(path)
 
 
 class LossCurve(Callback):
@@ -100,7 +149,8 @@ class LossCurve(Callback):
 
     A row's ``step`` is the 0-based index of the optimizer step (MLflow's step of the same
     metrics), ``loss`` that step's total loss and ``lr`` the learning rate of its update (the
-    last parameter group's: the non-backbone lr).
+    last parameter group's: the non-backbone lr). Steps the file already has (logged by a job
+    killed after its last checkpoint) are not written again.
     """
 
     def __init__(self, path: Path, every: int) -> None:
@@ -108,6 +158,7 @@ class LossCurve(Callback):
         self.every = every
         self.start = time.monotonic()
         self.lr = float("nan")
+        self.logged_through = last_logged_step(path)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
                              batch: Any, batch_idx: int) -> None:
@@ -118,6 +169,8 @@ class LossCurve(Callback):
                            outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step - 1
         if (step + 1) % self.every and trainer.global_step != trainer.max_steps:
+            return
+        if step <= self.logged_through:
             return
         metrics = trainer.callback_metrics
         row = {"step": step, "elapsed_s": round(time.monotonic() - self.start, 2), "lr": self.lr}
@@ -132,6 +185,30 @@ class LossCurve(Callback):
             if new:
                 writer.writeheader()
             writer.writerow(row)
+
+
+def last_logged_step(path: Path) -> int:
+    """The largest step in a ``train_log.csv`` (-1 when there is none)."""
+    if not path.exists():
+        return -1
+    with path.open() as handle:
+        return max((int(row["step"]) for row in csv.DictReader(handle)), default=-1)
+
+
+class ResumedMLFlowLogger(MLFlowLogger):
+    """Lightning's MLflow logger that skips the steps its run already holds (a job resumed from
+    a checkpoint older than its last logged step recomputes those steps; MLflow cannot forget
+    a metric value, so the first one stays)."""
+
+    def __init__(self, *, logged_through: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.logged_through = logged_through
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if step is not None and step <= self.logged_through:
+            return
+        super().log_metrics(metrics, step)
 
 
 def read_loss_curve(path: str | Path) -> list[dict[str, float]]:
@@ -210,7 +287,9 @@ def train(
     # adding a variant must not restart the others).
     unkeyed = ("num_workers", "log_every", "output_root", "variants")
     keyed = {**resolved, "train": {k: v for k, v in resolved["train"].items()
-                                   if k not in unkeyed}}
+                                   if k not in unkeyed},
+             # the data's content: regenerated or re-prepared data is a new training
+             "data": split_fingerprint(dataset, config.split, config.root)}
     tracking.write_config_yaml(out / "train_config.yaml", resolved)
 
     metadata = get_metadata(dataset)
@@ -218,13 +297,14 @@ def train(
                          transform=build_transform(config.transform.name,
                                                    config.transform.params))
     key = tracking.run_key(dataset, variant, "train", keyed)
-    resume = latest_checkpoint(checkpoint_dir)
-    if resume is not None and checkpoint_config_key(resume) != key:
+    found = newest_readable_checkpoint(checkpoint_dir)
+    resume = found[0] if found else None
+    if found is not None and found[1] != key:
         resume = None
         if rank_zero_only.rank == 0:
             stale = set_aside(checkpoint_dir)
-            log.warning("the checkpoints in %s were written with another config; moved them to "
-                        "%s and training from scratch", checkpoint_dir, stale)
+            log.warning("the checkpoints in %s were written with another config or other data; "
+                        "moved them to %s and training from scratch", checkpoint_dir, stale)
     if resume is None and rank_zero_only.rank == 0:  # a fresh start: no stale curve or summary
         for old in (out / "train_log.csv", out / "train.json"):
             old.unlink(missing_ok=True)
@@ -241,11 +321,12 @@ def train(
     logger: MLFlowLogger | bool = False
     if tracking_config.enabled and rank_zero_only.rank == 0:
         run = tracking.start_run(
-            key=key, config=tracking_config,
+            key=key, config=tracking_config, continue_run=resume is not None,
             params=resolved, tags={"effm2f.stage": "train", "effm2f.dataset": dataset,
                                    "effm2f.variant": variant})
-        logger = MLFlowLogger(experiment_name=tracking_config.experiment,
-                              tracking_uri=run.tracking_uri, run_id=run.run_id)
+        logger = ResumedMLFlowLogger(experiment_name=tracking_config.experiment,
+                                     tracking_uri=run.tracking_uri, run_id=run.run_id,
+                                     logged_through=tracking.last_logged_step(run))
 
     checkpointing = ModelCheckpoint(
         dirpath=checkpoint_dir, filename="step{step:07d}", auto_insert_metric_name=False,
@@ -272,7 +353,7 @@ def train(
         max_time=max_time,
         logger=logger,
         callbacks=callbacks,
-        plugins=plugins or None,
+        plugins=[AtomicCheckpointIO(), *plugins],
         default_root_dir=checkpoint_dir,
         log_every_n_steps=config.log_every,
         enable_progress_bar=progress,
@@ -286,7 +367,7 @@ def train(
         log.info("resuming from %s", resume)
     started = time.monotonic()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     except BaseException:
         if run is not None:
             tracking.end_run(run, "FAILED")

@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from effm2f.config import ConfigError
 from effm2f.data.catalog import SplitFiles, get_dataset
 from effm2f.data.metadata import DatasetMetadata
 from effm2f.evaluation.cityscapes import CityscapesInstanceEvaluator, CityscapesSemSegEvaluator
@@ -40,7 +41,7 @@ def _coco_panoptic(ctx: EvaluationContext) -> DatasetEvaluator:
 
 def _coco_instance(ctx: EvaluationContext) -> DatasetEvaluator:
     if ctx.files.instances_json is None:
-        raise ValueError("coco_instance needs instance annotations, which this dataset lacks "
+        raise ConfigError("coco_instance needs instance annotations, which this dataset lacks "
                          "(use cityscapes_instance for the Cityscapes layout)")
     return COCOInstanceEvaluator(metadata=ctx.metadata, gt_json=ctx.files.instances_json,
                                  output_dir=ctx.output_dir)
@@ -84,7 +85,8 @@ def build_evaluators(names: Sequence[str], context: EvaluationContext) -> Evalua
     """The evaluators ``names`` (keys of :data:`EVALUATORS`) for one split, run as one."""
     unknown = [n for n in names if n not in EVALUATORS]
     if unknown:
-        raise KeyError(f"unknown evaluators {unknown} (known: {', '.join(sorted(EVALUATORS))})")
+        raise ConfigError(
+            f"unknown evaluators {unknown} (known: {', '.join(sorted(EVALUATORS))})")
     return Evaluators([EVALUATORS[name](context) for name in names])
 
 

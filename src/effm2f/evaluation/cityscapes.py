@@ -29,6 +29,7 @@ without changing what is computed:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 import threading
@@ -67,8 +68,8 @@ def ground_truth_file(gt_dir: Path, item: Mapping[str, Any], suffix: str) -> Pat
     city, stem = cityscapes_name(item)
     path = gt_dir / city / f"{stem}{suffix}"
     if not path.is_file():
-        raise FileNotFoundError(f"missing Cityscapes ground truth {path} for image "
-                                f"{item['file_name']}")
+        raise FileNotFoundError(errno.ENOENT, f"missing Cityscapes ground truth for image "
+                                f"{item['file_name']}", str(path))
     return path
 
 

@@ -17,15 +17,20 @@ import numpy as np
 from PIL import Image
 
 from effm2f.data.metadata import DatasetMetadata
+from effm2f.data.panoptic import AnnotationError
 from effm2f.evaluation.evaluator import DatasetEvaluator, Metrics, Table, check_size, to_numpy
 
 
 def read_label_png(path: str | Path) -> np.ndarray:
     """A single-channel label PNG as an ``(H, W)`` int64 array."""
-    with Image.open(path) as img:
-        if img.mode not in ("L", "P", "I", "I;16"):
-            raise ValueError(f"{path}: expected a single-channel label PNG, got mode {img.mode}")
-        return np.asarray(img).astype(np.int64)
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("L", "P", "I", "I;16"):
+                raise AnnotationError(f"{path}: expected a single-channel label PNG, got mode "
+                                      f"{img.mode}")
+            return np.asarray(img).astype(np.int64)
+    except OSError as error:
+        raise AnnotationError(f"cannot read label PNG {path}: {error}") from error
 
 
 def confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_label: int) -> np.ndarray:
@@ -100,10 +105,13 @@ class SemSegEvaluator(DatasetEvaluator):
             check_size(pred, item, "sem_seg")
             gt = read_label_png(item["sem_seg_file_name"])
             if gt.shape != pred.shape:
-                raise ValueError(f"{item['sem_seg_file_name']}: size {gt.shape} differs from the "
-                                 f"image's {pred.shape}")
-            self._matrix += confusion(gt, pred, self.metadata.num_classes,
-                                      self.metadata.ignore_label)
+                raise AnnotationError(f"{item['sem_seg_file_name']}: size {gt.shape} differs "
+                                      f"from the image's {pred.shape}")
+            try:
+                self._matrix += confusion(gt, pred, self.metadata.num_classes,
+                                          self.metadata.ignore_label)
+            except ValueError as error:  # labels outside the label set: name the file
+                raise AnnotationError(f"{item['sem_seg_file_name']}: {error}") from error
 
     @property
     def confusion_matrix(self) -> np.ndarray:

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoBackbone, PretrainedConfig, ResNetConfig, SwinConfig
 
+from effm2f.models.config import BACKBONE_NAMES
+
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 
 
@@ -72,6 +74,7 @@ BACKBONES: dict[str, Callable[[], PretrainedConfig]] = {
     "resnet_test": _resnet_test,
     "swin_test": _swin_test,
 }
+assert tuple(BACKBONES) == BACKBONE_NAMES, "models.config.BACKBONE_NAMES names every backbone"
 
 
 class FrozenBatchNorm2d(nn.Module):

@@ -31,8 +31,6 @@ keys.
 
 from __future__ import annotations
 
-import io
-import pickle
 import re
 import warnings
 import zipfile
@@ -44,6 +42,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from effm2f.errors import InputError
+from effm2f.untrusted import UnsafeFileError, load_array_pickle, load_torch_file
 
 __all__ = [
     "FORMATS",
@@ -59,7 +60,7 @@ __all__ = [
 ]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError, ValueError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
@@ -476,57 +477,26 @@ def _normalise_keys(state: Mapping[str, Any], fmt: str) -> dict[str, Any]:
 # Reading files
 
 
-def _storage_from_bytes(data: bytes) -> Any:
-    """torch.storage._load_from_bytes, but through torch's weights-only loader."""
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles .pkl checkpoints: containers, numbers, strings, numpy arrays and torch tensors.
-
-    detectron2's model zoo pickles numpy arrays; Mask2Former's Swin conversion script pickles torch
-    tensors with plain pickle. Anything else (code) is refused.
-    """
-
-    ALLOWED = {
-        ("collections", "OrderedDict"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "scalar"),
-        ("_codecs", "encode"),  # bytes pickled by Python 2 / protocol 2
-        ("torch._utils", "_rebuild_tensor_v2"),
-        ("torch._utils", "_rebuild_parameter"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) == ("torch.storage", "_load_from_bytes"):
-            return _storage_from_bytes
-        if (module, name) in self.ALLOWED or module == "numpy.dtypes":
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            f"refusing to unpickle {module}.{name}: a checkpoint pickle should hold only arrays"
-        )
-
-
 def _read_raw(path: Path) -> Any:
+    """The file's object, through the project's untrusted-file loaders (no code runs)."""
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    if suffix == ".pkl":
-        with path.open("rb") as handle:
-            return _ArrayUnpickler(handle, encoding="latin1").load()
+    if _is_torch_file(path):  # whatever its suffix
+        return load_torch_file(path)
+    return load_array_pickle(path)
+
+
+def _is_torch_file(path: Path) -> bool:
+    """A torch zip archive, or torch's legacy serialisation (which starts with a magic number
+    pickled by torch.save; a plain pickle of arrays starts with its own protocol header)."""
     if zipfile.is_zipfile(path):
-        return torch.load(path, map_location="cpu", weights_only=True)
-    try:  # torch's legacy (non-zip) serialisation
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        with path.open("rb") as handle:  # a plain pickle of arrays
-            return _ArrayUnpickler(handle, encoding="latin1").load()
+        return True
+    with path.open("rb") as handle:
+        head = handle.read(16)
+    return head[:2] == b"\x80\x02" and b"\x8a\x0al\xfc\x9cF\xf9" in head  # torch's MAGIC
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Any]:
@@ -565,6 +535,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
         raw = _read_raw(path)
+    except UnsafeFileError:
+        raise
     except Exception as exc:  # noqa: BLE001 - every reader error becomes one clear message
         raise CheckpointError(
             f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}"

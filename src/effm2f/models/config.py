@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+BACKBONE_NAMES = ("r50", "swint", "resnet_test", "swin_test")
+"""Backbone presets by name (`effm2f.models.backbone.BACKBONES`)."""
 ENCODER_KINDS = ("token_schedule",)
 """Encoder classes by name (`effm2f.models.encoders.ENCODERS`)."""
 TRC_KINDS = ("linear", "conv")
@@ -120,3 +122,8 @@ class ModelConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONE_NAMES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of "
+                             f"{', '.join(BACKBONE_NAMES)}")

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from effm2f.efficiency.compare import is_baseline  # noqa: E402
+from effm2f.errors import InputError  # noqa: E402
 from effm2f.io import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
 
 METRICS_COLUMNS = [
@@ -35,7 +36,7 @@ PROVENANCE_TAGS = {"git_commit": "git.commit", "git_dirty": "git.dirty",
                    "data_version": "data.version"}
 
 
-class ReportError(ValueError):
+class ReportError(InputError, ValueError):
     """A summary file is missing or lacks a column the report needs."""
 
 
