@@ -41,6 +41,7 @@ CHEAP_OPS = {
     "aten::ones_like",
     "aten::zeros_like",
     "aten::remainder",
+    "aten::linspace",  # the reference points (the original's get_reference_points, as ours)
 }
 
 

@@ -18,6 +18,7 @@ from support.evaluation import (
     SKY,
     SQUARE,
     TRIANGLE,
+    WATER,
     coco_item,
     paint,
     panoptic_prediction,
@@ -167,6 +168,86 @@ def test_written_predictions_round_trip_and_a_standard_reader_agrees(tmp_path):
     assert 100 * with_cs["All"]["pq"] == pytest.approx(pq["PQ"])
     assert 100 * with_cs["Things"]["pq"] == pytest.approx(pq["PQ_th"])
     assert 100 * with_cs["Stuff"]["sq"] == pytest.approx(pq["SQ_st"])
+
+
+def four_image_case():
+    """The two-image case, the void/crowd case and a stuff-only image predicted exactly.
+
+    Dataset by hand: disc IoU 1 + 0.6 over TP 2, FP 1, FN 1 -> PQ 1.6 / 3, SQ 0.8, RQ 2/3; sky 3
+    exact TPs -> 1; grass IoU 46/60 + 1 over 2 TPs -> PQ = SQ = (46/60 + 1) / 2; square,
+    triangle and water count nowhere (NaN in their rows, left out of the means).
+    """
+    scenes, outputs = two_image_case()
+    void_scene, void_output = void_crowd_case()
+    void_scene.image_id, void_scene.name = 3, "vc"
+    stuff = scene(4, "st", (10, 10), [(1, SKY, rect(0, 5, 0, 10), 0),
+                                      (2, GRASS, rect(5, 10, 0, 10), 0)])
+    return scenes + [void_scene, stuff], outputs + [void_output, perfect_output(stuff)]
+
+
+NAN = float("nan")
+PINNED_SUMMARY = {  # the code's output before the swap to cityscapesScripts' PQStat (issue 15)
+    "PQ": 80.55555555555556, "SQ": 89.44444444444446, "RQ": 88.88888888888887,
+    "PQ_th": 53.333333333333336, "SQ_th": 80.0, "RQ_th": 66.66666666666666,
+    "PQ_st": 94.16666666666667, "SQ_st": 94.16666666666667, "RQ_st": 100.0,
+}
+PINNED_PER_CLASS = [  # category_id, name, isthing, PQ, SQ, RQ, TP, FP, FN
+    (DISC, "disc", 1, 53.333333333333336, 80.0, 66.66666666666666, 2, 1, 1),
+    (SQUARE, "square", 1, NAN, NAN, NAN, 0, 0, 0),
+    (TRIANGLE, "triangle", 1, NAN, NAN, NAN, 0, 0, 0),
+    (SKY, "sky", 0, 100.0, 100.0, 100.0, 3, 0, 0),
+    (GRASS, "grass", 0, 88.33333333333333, 88.33333333333333, 100.0, 2, 0, 0),
+    (WATER, "water", 0, NAN, NAN, NAN, 0, 0, 0),
+]
+PINNED_PER_IMAGE = [  # image_id, file_name, PQ, SQ, RQ, PQ_th, PQ_st, num_categories, TP, FP, FN
+    (1, "a.png", 100.0, 100.0, 100.0, 100.0, 100.0, 2, 2, 0, 0),
+    (2, "b.png", 70.0, 80.0, 83.33333333333333, 40.0, 100.0, 2, 2, 0, 1),
+    (3, "vc.png", 38.333333333333336, 38.333333333333336, 50.0, 0.0, 76.66666666666667, 2, 1, 1,
+     0),
+    (4, "st.png", 100.0, 100.0, 100.0, NAN, 100.0, 2, 2, 0, 0),  # no thing: PQ_th NaN
+]
+
+
+def same(values, pinned) -> bool:
+    """Floats equal to 1e-12 (the order of the x100 and the mean may move the last bit), NaN
+    where NaN; everything else (ids, names, counts) exactly, with its type."""
+    values, pinned = list(values), list(pinned)
+    return len(values) == len(pinned) and all(
+        v == pytest.approx(p, rel=1e-12, abs=0, nan_ok=True) if isinstance(p, float)
+        else (v == p and type(v) is type(p))
+        for v, p in zip(values, pinned, strict=True))
+
+
+def test_tables_are_pinned_on_the_crafted_cases(tmp_path):
+    scenes, outputs = four_image_case()
+    lay = write_coco(tmp_path / "gt", scenes)
+    ev = evaluator(lay, tmp_path / "eval")
+    pq = run(ev, lay, scenes, outputs)
+    assert list(pq) == list(PINNED_SUMMARY)
+    assert same(pq.values(), PINNED_SUMMARY.values())
+    tables = ev.tables()
+    assert len(tables["pq_per_class"]) == len(PINNED_PER_CLASS)
+    for row, pinned in zip(tables["pq_per_class"], PINNED_PER_CLASS, strict=True):
+        assert list(row) == ["category_id", "name", "isthing", "PQ", "SQ", "RQ", "TP", "FP", "FN"]
+        assert same(row.values(), pinned), row
+    for row, pinned in zip(tables["pq_per_image"], PINNED_PER_IMAGE, strict=True):
+        assert list(row) == ["image_id", "file_name", "PQ", "SQ", "RQ", "PQ_th", "PQ_st",
+                             "num_categories", "TP", "FP", "FN"]
+        assert same(row.values(), pinned), row
+
+    # The hand values of the docstring, and cityscapesScripts' own evaluation of the same files
+    disc, grass = 1.6 / 3, (46 / 60 + 1) / 2
+    assert pq["PQ"] == pytest.approx(100 * (disc + 1 + grass) / 3)
+    assert pq["PQ_th"] == pytest.approx(100 * disc)
+    assert pq["SQ_st"] == pytest.approx(100 * grass / 2 + 50)
+    official = evaluatePanoptic(str(lay.panoptic_json), str(lay.panoptic_root),
+                                str(ev.pred_json), str(ev.pred_folder), str(tmp_path / "cs.json"))
+    for suffix, group in (("", "All"), ("_th", "Things"), ("_st", "Stuff")):
+        for metric in ("pq", "sq", "rq"):
+            assert pq[metric.upper() + suffix] == pytest.approx(100 * official[group][metric])
+    for row in tables["pq_per_class"]:
+        if row["TP"] + row["FP"] + row["FN"]:
+            assert row["PQ"] == pytest.approx(100 * official["per_class"][row["category_id"]]["pq"])
 
 
 def test_metrics_and_tables_are_written(tmp_path):

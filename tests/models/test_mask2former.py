@@ -101,3 +101,22 @@ def test_frozen_batch_norm_keeps_pretrained_statistics():
     for got, want in zip(actual, expected, strict=True):
         torch.testing.assert_close(got, want)
     torch.testing.assert_close(frozen.state_dict(), trained.state_dict())
+
+
+def test_frozen_batch_norm_is_detectron2s():
+    """detectron2's FrozenBatchNorm2d: F.batch_norm in eval form with the replaced layer's eps,
+    the input dtype kept, BatchNorm2d's state-dict keys (num_batches_tracked included)."""
+    from effm2f.models.backbone import freeze_batch_norm
+
+    generator = torch.Generator().manual_seed(0)
+    trained = torch.nn.BatchNorm2d(8, eps=1e-3)
+    for buffer in (trained.weight, trained.bias, trained.running_mean):
+        buffer.data = torch.randn(8, generator=generator)
+    trained.running_var.data = torch.rand(8, generator=generator) + 0.01
+    frozen = freeze_batch_norm(torch.nn.Sequential(trained)).train()  # replaces, keeps `trained`
+    images = torch.randn(2, 8, 5, 7, generator=generator)
+    with torch.no_grad():
+        assert torch.equal(frozen(images), trained.eval()(images))
+        assert frozen(images.bfloat16()).dtype == torch.bfloat16
+    assert frozen[0].eps == 1e-3
+    assert list(frozen[0].state_dict()) == list(trained.state_dict())

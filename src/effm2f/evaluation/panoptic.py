@@ -8,7 +8,8 @@ folder. The per-image segment matching is cityscapesScripts' COCO-format panopti
 same-category pair with IoU > 0.5, crowd ground truth is never matched, the void and same-class
 crowd pixels are left out of the union, and an unmatched prediction lying more than half on void
 or same-class crowd is not a false positive). It runs per image, so that per-image PQ comes with
-the dataset PQ; the averaging over categories is done here (:func:`summarize`).
+the dataset PQ; its ``PQStat`` sums the counts and its ``pq_average`` averages over categories
+(:func:`pq_percent`).
 
 Per-image PQ is the PQ of the image evaluated alone: for each category with at least one true
 positive, false positive or false negative *in that image* (i.e. present in its non-crowd ground
@@ -20,14 +21,13 @@ This is exactly the dataset PQ formula restricted to one image.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import json
 import logging
 import math
 import multiprocessing
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,97 +47,64 @@ PRED_JSON = "panoptic_predictions.json"
 PRED_FOLDER = "panoptic_predictions"
 
 
-@dataclasses.dataclass
-class PQCounts:
-    """Matching counts of one category: summed IoU of the true positives, TP, FP and FN."""
+def pq_percent(stat: cs_panoptic.PQStat, categories: Mapping[int, Mapping[str, Any]],
+               isthing: bool | None = None) -> tuple[float, float, float]:
+    """Mean ``(PQ, SQ, RQ)`` in percent over the counted categories (some TP, FP or FN).
 
-    iou: float = 0.0
-    tp: int = 0
-    fp: int = 0
-    fn: int = 0
-
-    def __iadd__(self, other: PQCounts) -> PQCounts:
-        self.iou += other.iou
-        self.tp += other.tp
-        self.fp += other.fp
-        self.fn += other.fn
-        return self
-
-    @property
-    def counted(self) -> bool:
-        """Whether the category takes part in the PQ average (some TP, FP or FN)."""
-        return self.tp + self.fp + self.fn > 0
-
-    def scores(self) -> tuple[float, float, float]:
-        """``(PQ, SQ, RQ)`` of the category as fractions (SQ is 0 without true positives)."""
-        denominator = self.tp + 0.5 * self.fp + 0.5 * self.fn
-        sq = self.iou / self.tp if self.tp else 0.0
-        return self.iou / denominator, sq, self.tp / denominator
-
-
-CategoryCounts = dict[int, PQCounts]
-"""Dataset category id -> counts."""
-
-
-def add_counts(per_image: Iterable[CategoryCounts]) -> CategoryCounts:
-    """Sum per-image counts into dataset counts."""
-    total: CategoryCounts = {}
-    for counts in per_image:
-        for category_id, c in counts.items():
-            total.setdefault(category_id, PQCounts()).__iadd__(c)
-    return total
-
-
-def _mean_scores(counts: CategoryCounts, category_ids: Iterable[int]) -> tuple[float, float, float]:
-    """Mean ``(PQ, SQ, RQ)`` in percent over the counted categories among ``category_ids``."""
-    scores = [counts[c].scores() for c in category_ids if c in counts and counts[c].counted]
-    if not scores:
-        return math.nan, math.nan, math.nan
-    pq, sq, rq = (100.0 * sum(s[i] for s in scores) / len(scores) for i in range(3))
-    return pq, sq, rq
-
-
-def summarize(counts: CategoryCounts,
-              categories: Mapping[int, Mapping[str, Any]]) -> dict[str, float]:
-    """PQ, SQ, RQ (percent) over all, thing and stuff categories, as panopticapi averages them.
+    cityscapesScripts' ``PQStat.pq_average`` (panopticapi's): ``PQ_c = sum IoU / (TP + FP/2 +
+    FN/2)``, ``SQ_c = sum IoU / TP`` (0 without TP), ``RQ_c = TP / (TP + FP/2 + FN/2)``.
 
     Args:
-        counts: category id -> counts (dataset or single image).
+        stat: matching counts per category id (dataset or single image).
         categories: category id -> ground-truth JSON category (``isthing``); only these count.
+        isthing: only thing (True) or stuff (False) categories; None: all.
+
+    Returns:
+        NaN where no category counts (``pq_average`` would divide by zero).
+    """
+    try:
+        means, _ = stat.pq_average(categories, isthing=isthing)
+    except ZeroDivisionError:
+        return math.nan, math.nan, math.nan
+    return float(100 * means["pq"]), float(100 * means["sq"]), float(100 * means["rq"])
+
+
+def summarize(stat: cs_panoptic.PQStat,
+              categories: Mapping[int, Mapping[str, Any]]) -> dict[str, float]:
+    """PQ, SQ, RQ (percent) over all, thing and stuff categories, as panopticapi averages them.
 
     Returns:
         ``PQ, SQ, RQ, PQ_th, SQ_th, RQ_th, PQ_st, SQ_st, RQ_st``; NaN where no category counts.
     """
-    things = [c for c, info in categories.items() if info["isthing"]]
-    stuff = [c for c, info in categories.items() if not info["isthing"]]
     out: dict[str, float] = {}
-    for suffix, ids in (("", list(categories)), ("_th", things), ("_st", stuff)):
-        pq, sq, rq = _mean_scores(counts, ids)
+    for suffix, isthing in (("", None), ("_th", True), ("_st", False)):
+        pq, sq, rq = pq_percent(stat, categories, isthing)
         out.update({f"PQ{suffix}": pq, f"SQ{suffix}": sq, f"RQ{suffix}": rq})
     return out
 
 
 def image_counts(pair: tuple[dict, dict], *, gt_folder: str, pred_folder: str,
-                 categories: Mapping[int, dict]) -> CategoryCounts:
+                 categories: Mapping[int, dict]) -> cs_panoptic.PQStat:
     """Match the segments of one image with cityscapesScripts' panoptic evaluator.
 
     Args:
         pair: ``(ground-truth annotation, predicted annotation)`` in the COCO panoptic format.
         gt_folder, pred_folder: folders of their PNGs.
         categories: category id -> category of the ground-truth JSON.
+
+    Returns:
+        The image's counts per category id.
     """
     gt_ann, pred_ann = pair
     pred_ann = copy.deepcopy(pred_ann)  # the library writes each segment's area into it
     with quiet_stdout():
-        stat = cs_panoptic.pq_compute_single_core(0, [(gt_ann, pred_ann)], gt_folder,
+        return cs_panoptic.pq_compute_single_core(0, [(gt_ann, pred_ann)], gt_folder,
                                                   pred_folder, categories)
-    return {int(c): PQCounts(float(s.iou), int(s.tp), int(s.fp), int(s.fn))
-            for c, s in stat.pq_per_cat.items()}
 
 
 def count_images(pairs: Sequence[tuple[dict, dict]], *, gt_folder: str | Path,
                  pred_folder: str | Path, categories: Mapping[int, dict], workers: int = 1,
-                 progress: bool = True) -> list[CategoryCounts]:
+                 progress: bool = True) -> list[cs_panoptic.PQStat]:
     """:func:`image_counts` of every pair, in order, over ``workers`` processes."""
     task = functools.partial(image_counts, gt_folder=str(gt_folder), pred_folder=str(pred_folder),
                              categories=dict(categories))
@@ -155,25 +122,26 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def per_class_rows(counts: CategoryCounts, categories: Mapping[int, Mapping[str, Any]]) -> Table:
+def per_class_rows(stat: cs_panoptic.PQStat,
+                   categories: Mapping[int, Mapping[str, Any]]) -> Table:
     """One row per category: id, name, isthing, PQ/SQ/RQ (percent; NaN if absent), TP/FP/FN."""
     rows = []
     for category_id, info in categories.items():
-        c = counts.get(category_id, PQCounts())
-        pq, sq, rq = (100.0 * s for s in c.scores()) if c.counted else (math.nan,) * 3
+        pq, sq, rq = pq_percent(stat, {category_id: info})
+        c = stat[category_id]
         rows.append({"category_id": category_id, "name": info.get("name", str(category_id)),
                      "isthing": int(bool(info["isthing"])), "PQ": pq, "SQ": sq, "RQ": rq,
                      "TP": c.tp, "FP": c.fp, "FN": c.fn})
     return rows
 
 
-def per_image_rows(annotations: Sequence[dict], per_image: Sequence[CategoryCounts],
+def per_image_rows(annotations: Sequence[dict], per_image: Sequence[cs_panoptic.PQStat],
                    categories: Mapping[int, Mapping[str, Any]]) -> Table:
     """One row per image: its PQ evaluated alone (see the module docstring) and its counts."""
     rows = []
-    for ann, counts in zip(annotations, per_image, strict=True):
-        summary = summarize(counts, categories)
-        counted = [c for c in counts.values() if c.counted]
+    for ann, stat in zip(annotations, per_image, strict=True):
+        summary = summarize(stat, categories)
+        counted = [c for c in stat.pq_per_cat.values() if c.tp + c.fp + c.fn]
         rows.append({"image_id": ann["image_id"], "file_name": ann["file_name"],
                      **{k: summary[k] for k in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st")},
                      "num_categories": len(counted), "TP": sum(c.tp for c in counted),
@@ -305,7 +273,9 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         per_image = count_images(pairs, gt_folder=self.gt_folder, pred_folder=self.pred_folder,
                                  categories=categories, workers=self.workers,
                                  progress=self.progress)
-        total = add_counts(per_image)
+        total = cs_panoptic.PQStat()
+        for stat in per_image:
+            total += stat
         self._tables = {
             "pq_per_class": per_class_rows(total, categories),
             "pq_per_image": per_image_rows(self._predictions, per_image, categories),

@@ -77,6 +77,9 @@ BACKBONES: dict[str, Callable[[], PretrainedConfig]] = {
 assert tuple(BACKBONES) == BACKBONE_NAMES, "models.config.BACKBONE_NAMES names every backbone"
 
 
+# Ours, not transformers' DetrFrozenBatchNorm2d (and its replace_batch_norm): that one fixes eps at
+# 1e-5, turns half inputs into fp32 outputs, differs from F.batch_norm in the last bits (rsqrt form)
+# and drops num_batches_tracked from the state dict; detectron2's is F.batch_norm, as here.
 class FrozenBatchNorm2d(nn.Module):
     """Batch-norm with fixed statistics and affine parameters, as detectron2 trains its ResNets.
 

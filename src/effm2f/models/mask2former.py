@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from transformers import Mask2FormerConfig
 from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerLoss,
-    Mask2FormerMaskedAttentionDecoderLayer,
+    Mask2FormerPreTrainedModel,
     Mask2FormerTransformerModule,
 )
 
@@ -158,14 +158,13 @@ class Mask2Former(nn.Module):
 
 
 def init_transformer_decoder(module: Mask2FormerTransformerModule) -> None:
-    """Mask2Former's decoder initialisation: Xavier for the attention and FFN layers."""
-    for layer in module.modules():
-        if isinstance(layer, Mask2FormerMaskedAttentionDecoderLayer):
-            for param in layer.parameters():
-                if param.dim() > 1:
-                    nn.init.xavier_uniform_(param)
-            nn.init.zeros_(layer.cross_attn.in_proj_bias)
-    for projection in module.input_projections:
-        if isinstance(projection, nn.Conv2d):
-            nn.init.xavier_uniform_(projection.weight)
-            nn.init.zeros_(projection.bias)
+    """transformers' own initialisation of its decoder, on the decoder alone.
+
+    ``Mask2FormerPreTrainedModel._init_weights`` (the hook its models' ``post_init`` calls) for the
+    decoder layers (Xavier for every matrix, zero cross-attention in-projection bias) and for the
+    module (Xavier 1x1 input projections, where there are any), in that order.
+    """
+    initializer = Mask2FormerPreTrainedModel(module.decoder.config)
+    for layer in module.decoder.layers:
+        initializer._init_weights(layer)
+    initializer._init_weights(module)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch.nn.functional as F
+from fvcore.nn.weight_init import c2_xavier_fill
 from torch import Tensor, nn
 
 COMMON_STRIDE = 4  # the mask features live at 1/4
@@ -63,7 +64,7 @@ class PixelDecoderBase(nn.Module):
         self.mask_projection = nn.Conv2d(hidden_dim, mask_dim, kernel_size=1)
 
     def reset_mask_branch(self) -> None:
-        """detectron2's c2_xavier_fill on the branch's convolutions."""
+        """fvcore's c2_xavier_fill (Kaiming-uniform, a = 1; zero bias), as the original's."""
         convs = [self.adapter_1[0], self.mask_projection]
         if isinstance(self.layer_1[0], nn.Conv2d):
             convs.append(self.layer_1[0])
@@ -76,10 +77,3 @@ class PixelDecoderBase(nn.Module):
         fine = lateral + F.interpolate(finest, size=lateral.shape[-2:], mode="bilinear",
                                        align_corners=False)
         return self.mask_projection(self.layer_1(fine))
-
-
-def c2_xavier_fill(conv: nn.Conv2d) -> None:
-    """detectron2's c2_xavier_fill: Kaiming-uniform with a = 1, zero bias."""
-    nn.init.kaiming_uniform_(conv.weight, a=1)
-    if conv.bias is not None:
-        nn.init.zeros_(conv.bias)

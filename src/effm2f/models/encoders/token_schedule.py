@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.models.mask2former.modeling_mask2former import (
+    Mask2FormerPixelDecoderEncoderOnly,
     Mask2FormerSinePositionEmbedding,
 )
 
@@ -111,18 +112,14 @@ class TokenRecalibration(nn.Module):
 
 
 def reference_points(shapes: Sequence[Shape], batch: int, device: torch.device) -> Tensor:
-    """Normalised token centres for every level, repeated per attended level: (B, L, n, 2).
+    """Normalised token centres for every level, repeated per attended level: (B, L, n, 2) float32.
 
-    Mask2Former never pads its feature maps, so every valid ratio is 1.
+    transformers' ``get_reference_points`` (the original's) with every valid ratio 1: Mask2Former
+    never pads its feature maps.
     """
-    points = []
-    for height, width in shapes:
-        ys = (torch.arange(height, dtype=torch.float32, device=device) + 0.5) / height
-        xs = (torch.arange(width, dtype=torch.float32, device=device) + 0.5) / width
-        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-        points.append(torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), -1))
-    stacked = torch.cat(points, 0)[None, :, None, :]
-    return stacked.expand(batch, -1, len(shapes), -1)
+    valid_ratios = torch.ones(batch, len(shapes), 2, device=device)
+    return Mask2FormerPixelDecoderEncoderOnly.get_reference_points(list(shapes), valid_ratios,
+                                                                   device)
 
 
 class TokenSchedulePixelDecoder(PixelDecoderBase):
@@ -265,6 +262,10 @@ class TokenSchedulePixelDecoder(PixelDecoderBase):
         return hidden
 
 
+# Ours, not transformers' Mask2Former ``_init_weights``: it dispatches on its own attention class,
+# which this is not, and gives the encoder's other matrices normal(0.02) where the original's
+# MSDeformAttnTransformerEncoderOnly._reset_parameters gives Xavier (its branch for its own
+# class is this function, draw for draw).
 def init_deformable_attention(attention: MultiScaleDeformableAttention) -> None:
     """Deformable DETR's init: offsets point outwards on a per-head ring, uniform weights."""
     heads, levels, points = attention.n_heads, attention.n_levels, attention.n_points
