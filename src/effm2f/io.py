@@ -44,25 +44,45 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-@contextlib.contextmanager
-def staged_folder(path: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``path``; on success it takes ``path``'s place.
+class StagedFolder:
+    """A folder filled under a temporary name beside ``final`` and put in its place by
+    :meth:`commit`, so an interrupted job never leaves a half-written folder where a finished
+    one is expected.
 
-    A folder cannot be renamed over a non-empty one, so the old ``path`` is first renamed aside,
-    the new one renamed into place, and only then is the old one deleted. On an exception the
-    temporary folder is removed and ``path`` is left exactly as it was.
+    A folder cannot be renamed over a non-empty one, so :meth:`commit` first renames the old
+    ``final`` aside, then the new one into place, and only then deletes the old one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield staging
+
+    def __init__(self, final: str | Path) -> None:
+        self.final = Path(final)
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=".tmp",
+                                          dir=self.final.parent))
+
+    def commit(self) -> Path:
+        """Put the staging folder in place of :attr:`final`; returns :attr:`final`."""
         old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old)  # onto the empty folder just made: a rename, nothing copied
-        os.replace(staging, path)
+        if self.final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=".old",
+                                        dir=self.final.parent))
+            os.replace(self.final, old)  # onto the empty folder just made: a rename
+        os.replace(self.path, self.final)
         if old is not None:
             shutil.rmtree(old)
+        return self.final
+
+    def discard(self) -> None:
+        """Remove the staging folder (nothing, once committed)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_folder(path: str | Path) -> Iterator[Path]:
+    """Yield an empty :class:`StagedFolder` beside ``path``; on success it takes ``path``'s
+    place, on an exception it is removed and ``path`` is left exactly as it was."""
+    folder = StagedFolder(path)
+    try:
+        yield folder.path
+        folder.commit()
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        folder.discard()

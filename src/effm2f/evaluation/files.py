@@ -1,8 +1,8 @@
-"""Prediction folders written atomically, and small file helpers shared by the evaluators.
+"""Small file helpers shared by the evaluators.
 
-Predictions go to a hidden staging folder next to their final place; :meth:`StagedFolder.commit`
-renames it there when complete, so an interrupted evaluation never leaves a half-written
-prediction folder where a finished one is expected.
+Predictions go to a hidden staging folder next to their final place (`effm2f.io.StagedFolder`),
+renamed there when complete, so an interrupted evaluation never leaves a half-written prediction
+folder where a finished one is expected.
 """
 
 from __future__ import annotations
@@ -10,9 +10,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,35 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from effm2f.io import atomic_path
-
-
-class StagedFolder:
-    """A folder filled under a temporary name and renamed onto ``final`` by :meth:`commit`.
-
-    Args:
-        final: where the finished folder goes (an older one there is replaced on commit).
-    """
-
-    def __init__(self, final: str | Path) -> None:
-        self.final = Path(final)
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=".tmp",
-                                          dir=self.final.parent))
-
-    def commit(self) -> Path:
-        """Rename the staging folder onto :attr:`final`; returns :attr:`final`."""
-        if self.final.exists():
-            old = self.final.with_name(f".{self.final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.final, old)
-            shutil.rmtree(old)
-        os.replace(self.path, self.final)
-        return self.final
-
-    def discard(self) -> None:
-        """Remove the staging folder (if it was not committed)."""
-        shutil.rmtree(self.path, ignore_errors=True)
+from effm2f.io import StagedFolder, atomic_path
 
 
 def restage(folder: StagedFolder | None, final: str | Path) -> StagedFolder:
