@@ -114,10 +114,17 @@ def test_encoder_follows_the_original_reset_parameters():
 def test_decoder_layers_get_xavier_matrices_and_a_zero_cross_attention_bias(in_features):
     module = decoder(in_features)
     for layer in module.decoder.layers:
+        attention = layer.self_attn
+        packed = (attention.q_proj, attention.k_proj, attention.v_proj)
         for param in layer.parameters():
-            if param.dim() > 1:
+            if param.dim() > 1 and not any(param is p.weight for p in packed):
                 assert_xavier(param)
+        # the original's self-attention: one packed (3C, C) Xavier in-projection, zero biases
+        assert_xavier(torch.cat([p.weight for p in packed]))
+        for projection in (*packed, attention.out_proj):
+            assert not projection.bias.any()
         assert not layer.cross_attn.in_proj_bias.any()
+        assert not layer.cross_attn.out_proj.bias.any()
     for projection in module.input_projections:
         if isinstance(projection, nn.Conv2d):
             assert_xavier(projection.weight)

@@ -158,13 +158,33 @@ class Mask2Former(nn.Module):
 
 
 def init_transformer_decoder(module: Mask2FormerTransformerModule) -> None:
-    """transformers' own initialisation of its decoder, on the decoder alone.
+    """The original Mask2Former's decoder initialisation, through transformers' where they agree.
 
     ``Mask2FormerPreTrainedModel._init_weights`` (the hook its models' ``post_init`` calls) for the
     decoder layers (Xavier for every matrix, zero cross-attention in-projection bias) and for the
-    module (Xavier 1x1 input projections, where there are any), in that order.
+    module (Xavier 1x1 input projections, where there are any), in that order. Then each layer's
+    self-attention as the original's: there it is one ``nn.MultiheadAttention`` whose packed
+    (3C, C) in-projection gets one Xavier draw (bound sqrt(6 / 4C), not the sqrt(6 / 2C) of
+    three separate C x C draws) and whose biases are zero; transformers splits it into q/k/v
+    layers with default-initialised biases.
     """
     initializer = Mask2FormerPreTrainedModel(module.decoder.config)
     for layer in module.decoder.layers:
         initializer._init_weights(layer)
     initializer._init_weights(module)
+    for layer in module.decoder.layers:
+        init_packed_self_attention(layer.self_attn)
+
+
+def init_packed_self_attention(attention: nn.Module) -> None:
+    """q/k/v projections as slices of one Xavier-uniform (3C, C) matrix, zero biases (the
+    original's nn.MultiheadAttention in_proj); the output projection keeps its Xavier weight."""
+    projections = (attention.q_proj, attention.k_proj, attention.v_proj)
+    packed = torch.empty(sum(p.out_features for p in projections), projections[0].in_features)
+    nn.init.xavier_uniform_(packed)
+    with torch.no_grad():
+        for projection, rows in zip(projections, packed.split(
+                [p.out_features for p in projections]), strict=True):
+            projection.weight.copy_(rows)
+        for projection in (*projections, attention.out_proj):
+            projection.bias.zero_()
