@@ -217,6 +217,9 @@ def small_workdir(folder: Path, mlflow_db: Path) -> Path:
         "data": {"root": "data", "synthetic": data},
         "train": {"variants": ["tiny"], "batch_size": 2, "max_steps": MAX_STEPS,
                   "max_time": None, "checkpoint_every": 5, "log_every": 5},
+        # the variants file holds only `tiny`: every section that names variants names it alone
+        "flops": {"variants": ["tiny"]},
+        "latency": {"variants": ["tiny"]},
         "mlflow": {"tracking_uri": f"sqlite:///{mlflow_db}", "experiment": "retry"},
     }
     (folder / "test.yaml").write_text(yaml.safe_dump(config))
